@@ -1,0 +1,15 @@
+"""covid-d2: COVID-19 lesion detection and segmentation in chest CT, built on Detectron2.
+
+Importing this package applies the detectron2 0.6 compatibility shims (see
+:mod:`covid_d2.compat`), registers every covid-d2 component in Detectron2's registries and
+exposes :func:`add_covid_config`.
+"""
+
+from covid_d2 import compat as _compat
+
+_compat.apply()
+
+from covid_d2.config import add_covid_config  # noqa: E402
+
+__all__ = ["add_covid_config"]
+__version__ = "0.1.0"

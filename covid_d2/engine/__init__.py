@@ -1,0 +1,3 @@
+from covid_d2.engine.trainer import ResumableTrainer
+
+__all__ = ["ResumableTrainer"]
