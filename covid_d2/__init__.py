@@ -11,5 +11,7 @@ _compat.apply()
 
 from covid_d2.config import add_covid_config  # noqa: E402
 
+# Modules imported below register components in Detectron2's registries on import.
+
 __all__ = ["add_covid_config"]
 __version__ = "0.1.0"
