@@ -12,6 +12,7 @@ _compat.apply()
 from covid_d2.config import add_covid_config  # noqa: E402
 
 # Modules imported below register components in Detectron2's registries on import.
+from covid_d2 import lung  # noqa: E402,F401  (LungUNet)
 
 __all__ = ["add_covid_config"]
 __version__ = "0.1.0"

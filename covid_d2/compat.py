@@ -29,7 +29,7 @@ APPLIED: List[str] = []
 
 _NUMPY_ALIASES = {"bool": bool, "int": int, "float": float, "str": str}
 
-# Which compiled op each public name of detectron2._C serves, for the error message.
+# Feature served by each public name of detectron2._C, named in the error message.
 _C_FEATURES = {
     "box_iou_rotated": "rotated boxes (box_iou_rotated)",
     "nms_rotated": "rotated boxes (nms_rotated)",

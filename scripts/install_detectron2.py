@@ -1,6 +1,6 @@
 """Install detectron2 0.6 (Python sources only) from the PyPI sdist ``pb1-detectron2==0.6``.
 
-The sdist holds the unchanged upstream v0.6 Python package and model-zoo configs but not the
+The sdist contains the unchanged upstream v0.6 Python package and model-zoo configs but not the
 C++ sources of ``detectron2._C``, so ``pip install pb1-detectron2`` fails while compiling.
 This script downloads the sdist (pip < 26 is required, because pip 26 rejects the URL
 dependency declared in its ``all`` extra), checks its SHA-256, and builds a pure-Python wheel
