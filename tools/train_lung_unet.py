@@ -1,0 +1,72 @@
+#!/usr/bin/env python
+"""Train the lung U-Net on one view (axial slices or sagittal reconstructions) of prepared cases.
+
+Example:
+    python tools/train_lung_unet.py --config-file configs/lung/axial_cpu.yaml
+    python tools/train_lung_unet.py --config-file configs/lung/axial_cpu.yaml --resume
+    python tools/train_lung_unet.py --config-file configs/lung/axial_cpu.yaml --eval-only \
+        MODEL.WEIGHTS output/lung_axial_cpu/model_final.pth
+
+The cases root (``LUNG.CASES_ROOT``, written by tools/prepare_data.py) must contain
+``splits.json``; the datasets ``covid_lung_{axial,sagittal}_{train,val}`` are built from it.
+Validation Dice is logged at every evaluation period.
+"""
+
+import logging
+
+from detectron2.config import get_cfg
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import default_argument_parser, default_setup, launch
+
+import covid_d2
+from covid_d2.engine import ResumableTrainer
+from covid_d2.lung.data import LungViewMapper, register_lung_datasets
+from covid_d2.lung.evaluation import LungDiceEvaluator
+
+logger = logging.getLogger("covid_d2.train_lung_unet")
+
+
+class LungTrainer(ResumableTrainer):
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=LungViewMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name,
+                                           mapper=LungViewMapper(cfg, is_train=False))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return LungDiceEvaluator(dataset_name)
+
+
+def setup(args):
+    cfg = get_cfg()
+    covid_d2.add_covid_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    register_lung_datasets(cfg.LUNG.CASES_ROOT)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = LungTrainer.build_model(cfg)
+        from detectron2.checkpoint import DetectionCheckpointer
+
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume)
+        return LungTrainer.test(cfg, model)
+    trainer = LungTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
