@@ -1,0 +1,39 @@
+"""Evaluators of covid-d2: lesion metrics next to Detectron2's COCO AP, and results tables."""
+
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
+
+from covid_d2.evaluation.lesion_evaluation import LesionEvaluator
+from covid_d2.evaluation.lesion_metrics import (
+    LESION_METRICS,
+    NOT_AVAILABLE,
+    score_slice,
+    summarize_slice_records,
+)
+from covid_d2.evaluation.table import average_results, flatten_results, format_results_table
+
+__all__ = [
+    "LESION_METRICS",
+    "NOT_AVAILABLE",
+    "LesionEvaluator",
+    "average_results",
+    "build_lesion_evaluators",
+    "flatten_results",
+    "format_results_table",
+    "score_slice",
+    "summarize_slice_records",
+]
+
+
+def build_lesion_evaluators(cfg, dataset_name: str, output_dir=None) -> DatasetEvaluators:
+    """Build COCO AP (bbox, plus segm when ``cfg.MODEL.MASK_ON``) and lesion metrics for a dataset.
+
+    Without the compiled ``detectron2._C``, the shims of :mod:`covid_d2.compat` make
+    ``COCOEvaluator`` use pycocotools. Both evaluators write into ``output_dir`` when given.
+    """
+    tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+    return DatasetEvaluators(
+        [
+            COCOEvaluator(dataset_name, tasks=tasks, distributed=True, output_dir=output_dir),
+            LesionEvaluator(cfg, dataset_name, distributed=True, output_dir=output_dir),
+        ]
+    )
