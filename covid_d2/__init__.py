@@ -12,7 +12,10 @@ _compat.apply()
 from covid_d2.config import add_covid_config  # noqa: E402
 
 # Modules imported below register components in Detectron2's registries on import.
+from covid_d2 import modeling  # noqa: E402,F401  (spatio-temporal backbone, resolver, heads)
+import covid_d2.evaluation  # noqa: E402,F401  (no registry; exposes the evaluators)
 from covid_d2 import lung  # noqa: E402,F401  (LungUNet)
+import covid_d2.data.datasets  # noqa: E402,F401  (standard lesion datasets found under $COVID_D2_DATASETS)
 
 __all__ = ["add_covid_config"]
 __version__ = "0.1.0"

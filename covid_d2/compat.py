@@ -19,7 +19,6 @@ import importlib.util
 import logging
 import pathlib
 import re
-import sys
 import types
 from typing import List
 
@@ -96,20 +95,23 @@ def _detectron2_sources_use(pattern: "re.Pattern[str]") -> bool:
 
 
 def _has_compiled_ops() -> bool:
-    if "detectron2._C" in sys.modules:
-        return not getattr(sys.modules["detectron2._C"], "IS_COVID_D2_STAND_IN", False)
+    import detectron2
+
+    if getattr(getattr(detectron2, "_C", None), "IS_COVID_D2_STAND_IN", False):
+        return False
     return importlib.util.find_spec("detectron2._C") is not None
 
 
 def _shim_compiled_ops() -> None:
     if _has_compiled_ops():
         return
-    if "detectron2._C" not in sys.modules:
-        import detectron2
+    import detectron2
 
-        stand_in = _MissingCompiledOps("detectron2._C")
-        sys.modules["detectron2._C"] = stand_in
-        detectron2._C = stand_in
+    if not hasattr(detectron2, "_C"):
+        # Set as a package attribute only, not in sys.modules: ``from detectron2 import _C``
+        # (used by the layers) finds the stand-in, while ``import detectron2._C`` (used by
+        # collect_env to report the build) still raises ImportError as for a missing extension.
+        detectron2._C = _MissingCompiledOps("detectron2._C")
 
     from detectron2.evaluation import coco_evaluation
 

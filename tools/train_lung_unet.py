@@ -14,12 +14,13 @@ Validation Dice is logged at every evaluation period.
 
 import logging
 
+import covid_d2  # first: applies the detectron2 0.6 shims before detectron2 loads
+
 from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 
-import covid_d2
-from covid_d2.engine import ResumableTrainer
+from covid_d2.engine import ResumableTrainer, launch
 from covid_d2.lung.data import LungViewMapper, register_lung_datasets
 from covid_d2.lung.evaluation import LungDiceEvaluator
 

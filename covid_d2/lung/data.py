@@ -55,10 +55,11 @@ def lung_view_dicts(cases_root: pathlib.Path, case_ids: Sequence[str], view: str
     the shared data sets; a large cohort would need per-case loading in the mapper.
     """
     dicts: List[Dict] = []
+    without_lung = []
     for case_id in case_ids:
         case = load_case(pathlib.Path(cases_root) / case_id)
         if case.lung is None:
-            logger.warning("Case %s has no lung mask; it is skipped for lung training.", case_id)
+            without_lung.append(case_id)
             continue
         if case.meta.get("isolated_slices") and view == "sagittal":
             continue
@@ -80,11 +81,15 @@ def lung_view_dicts(cases_root: pathlib.Path, case_ids: Sequence[str], view: str
                 "image": np.ascontiguousarray(image),
                 "lung_mask": np.ascontiguousarray(mask.astype(np.uint8)),
             })
+    if without_lung:
+        logger.info("%d of %d cases have no lung mask and are not used for the %s lung view: %s",
+                    len(without_lung), len(case_ids), view, ", ".join(without_lung[:5]) +
+                    (", ..." if len(without_lung) > 5 else ""))
     return dicts
 
 
 def register_lung_datasets(cases_root: pathlib.Path) -> List[str]:
-    """Register ``covid_lung_{view}_{split}`` for both views and the splits of ``splits.json``."""
+    """Register ``covid_lung_{view}_{train,val}`` for both views from ``splits.json``."""
     cases_root = pathlib.Path(cases_root)
     splits_path = cases_root / "splits.json"
     if not splits_path.is_file():
@@ -96,7 +101,8 @@ def register_lung_datasets(cases_root: pathlib.Path) -> List[str]:
         splits = json.load(f)
     names = []
     for view in VIEWS:
-        for split, case_ids in splits.items():
+        for split in ("train", "val"):
+            case_ids = splits.get(split, [])
             name = f"covid_lung_{view}_{split}"
             if name in DatasetCatalog.list():
                 DatasetCatalog.remove(name)
