@@ -29,7 +29,8 @@ import numpy as np
 import torch
 import tqdm
 
-import covid_d2
+import covid_d2  # noqa: F401  (applies the detectron2 0.6 shims first)
+from covid_d2.engine import load_covid_config
 from covid_d2.lung.roi import ROI_JSON
 
 logger = logging.getLogger("covid_d2.preprocess_lung_roi")
@@ -71,20 +72,9 @@ def parse_args(argv=None):
     return args
 
 
-def load_config(config_file: str, opts: List[str]):
-    from detectron2.config import get_cfg
-
-    cfg = get_cfg()
-    covid_d2.add_covid_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
-    cfg.freeze()
-    return cfg
-
-
 def _init_worker(args, threads: int) -> None:
     torch.set_num_threads(threads)
-    cfg = load_config(args.config_file, args.opts)
+    cfg = load_covid_config(args.config_file, args.opts)
     _worker_state["cfg"] = cfg
     _worker_state["args"] = args
     _worker_state["segment"] = None

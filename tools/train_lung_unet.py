@@ -16,11 +16,10 @@ import logging
 
 import covid_d2  # first: applies the detectron2 0.6 shims before detectron2 loads
 
-from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import default_argument_parser, default_setup
+from detectron2.engine import default_argument_parser
 
-from covid_d2.engine import ResumableTrainer, launch
+from covid_d2.engine import ResumableTrainer, covid_setup, launch
 from covid_d2.lung.data import LungViewMapper, register_lung_datasets
 from covid_d2.lung.evaluation import LungDiceEvaluator
 
@@ -43,12 +42,7 @@ class LungTrainer(ResumableTrainer):
 
 
 def setup(args):
-    cfg = get_cfg()
-    covid_d2.add_covid_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
-    default_setup(cfg, args)
+    cfg = covid_setup(args)
     register_lung_datasets(cfg.LUNG.CASES_ROOT)
     return cfg
 

@@ -19,14 +19,12 @@ import os
 
 import covid_d2  # first: applies the detectron2 0.6 shims before detectron2 loads
 
-from detectron2.config import get_cfg
 from detectron2.data import (DatasetCatalog, MetadataCatalog, build_detection_test_loader,
                              build_detection_train_loader)
-from detectron2.engine import default_argument_parser, default_setup
-from detectron2.evaluation import DatasetEvaluators
+from detectron2.engine import default_argument_parser
 
 from covid_d2.data.three_slice_mapper import ThreeSliceDatasetMapper
-from covid_d2.engine import ResumableTrainer, launch
+from covid_d2.engine import ResumableTrainer, covid_setup, launch
 from covid_d2.evaluation import build_lesion_evaluators
 
 logger = logging.getLogger("covid_d2.train_net")
@@ -71,12 +69,7 @@ def check_datasets(cfg) -> None:
 
 
 def setup(args):
-    cfg = get_cfg()
-    covid_d2.add_covid_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
-    default_setup(cfg, args)
+    cfg = covid_setup(args)
     check_datasets(cfg)
     return cfg
 

@@ -43,6 +43,9 @@ STANDARD_DATASETS: Dict[str, Dict[str, Any]] = {
     "covid_infnet_train": {"source": "infnet", "split": None},
     "covid_ctmd_p001": {"source": "covid_ct_md", "case_id": "covid_ct_md_P001", "split": None},
     "covid_ctmd_normal002": {"source": "covid_ct_md", "case_id": "covid_ct_md_normal002", "split": None},
+    # Synthetic phantoms of covid_d2.data.phantom (the demo without real data).
+    "covid_phantom_train": {"source": "phantom", "split": "train"},
+    "covid_phantom_val": {"source": "phantom", "split": "val"},
 }
 
 METADATA = {
