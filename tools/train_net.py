@@ -25,7 +25,7 @@ from detectron2.engine import default_argument_parser
 
 from covid_d2.data.three_slice_mapper import ThreeSliceDatasetMapper
 from covid_d2.engine import ResumableTrainer, covid_setup, launch
-from covid_d2.evaluation import build_lesion_evaluators
+from covid_d2.evaluation import LesionEvaluator, SemSegAsInstances, build_lesion_evaluators
 
 logger = logging.getLogger("covid_d2.train_net")
 
@@ -53,6 +53,12 @@ class Trainer(ResumableTrainer):
                 "evaluates covid_lesion datasets only (register it with "
                 "covid_d2.data.datasets.register_covid_lesion_instances)."
             )
+        if cfg.MODEL.META_ARCHITECTURE == "SpatioTemporalResolver":
+            # The resolver predicts a lesion probability map, scored as connected-component
+            # instances by the lesion evaluator (as for the U-Net baseline).
+            baseline = cfg.MODEL.UNET_BASELINE
+            return SemSegAsInstances(LesionEvaluator(cfg, dataset_name, output_dir=output_folder),
+                                     baseline.SCORE_THRESH_TEST, baseline.MIN_AREA_TEST)
         return build_lesion_evaluators(cfg, dataset_name, output_folder)
 
 

@@ -9,9 +9,11 @@ from covid_d2.evaluation.lesion_metrics import (
     score_slice,
     summarize_slice_records,
 )
+from covid_d2.evaluation.sem_seg_adapter import SemSegAsInstances
 from covid_d2.evaluation.table import average_results, flatten_results, format_results_table
 
 __all__ = [
+    "SemSegAsInstances",
     "LESION_METRICS",
     "NOT_AVAILABLE",
     "LesionEvaluator",
