@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """Run the covid-d2 main job end to end on the default input and print its results.
 
-Stages, each a real covid-d2 command run in a subprocess (so every step can be re-run by hand):
-prepare cases, train the axial and sagittal lung U-Nets, score the lung stage, write lung-ROI
-cases, export three-slice COCO datasets, pre-train the spatio-temporal resolver (spatial then
-temporal phase), export its encoders, train the detector, evaluate it on the held-out cases, and
-run tools/infer.py on the COVID-CT-MD DICOM volumes. With no shared data it generates synthetic
-chest phantoms and runs the same stages on them.
+Each stage is a real covid-d2 command run in a subprocess, so every step can be re-run by hand.
+The stages prepare cases, train the axial and sagittal lung U-Nets and score the lung stage.
+They then write lung-ROI cases, export three-slice COCO datasets, pre-train the spatio-temporal
+resolver (spatial then temporal phase) and export its encoders. Finally they train the detector,
+evaluate it on the held-out cases, and run tools/infer.py on the COVID-CT-MD DICOM volumes.
+With no shared data the demo generates synthetic chest phantoms and runs the same stages.
 
 Usage:
     python tools/demo.py [--work-dir output/demo] [--data-root PATH] [--synthetic]
@@ -50,7 +50,7 @@ def parse_args(argv=None):
                         help=f"shared data folder (default ${DATA_ROOT_ENV} or ../shared/data)")
     parser.add_argument("--synthetic", action="store_true",
                         help="use synthetic phantoms even when the shared data is present")
-    parser.add_argument("--detector-iters", type=int, default=300,
+    parser.add_argument("--detector-iters", type=int, default=900,
                         help="detector training iterations (CPU schedule)")
     parser.add_argument("--resolver-iters", type=int, default=100,
                         help="iterations of each resolver pre-training phase")
@@ -164,8 +164,13 @@ def main(argv=None) -> int:
         "tools/preprocess_lung_roi.py", "--cases-root", str(cases), "--output-dir", str(roi),
         "--config-file", lung_config, "--axial-weights", weights["axial"],
         "--sagittal-weights", weights["sagittal"], "--noprogress", "--cases", *roi_cases])
+    # None of the shared data sets has clinical stage labels, so the temporal encoder's stage
+    # supervision uses the proxy labeller (stage from lung involvement), named as such in the log.
+    logger.info("Stage labels come from the lung-involvement proxy (--proxy-stages), not from "
+                "clinical staging.")
     stages.run("export_coco", ["tools/export_coco.py", "--cases-root", str(roi),
-                               "--output-dir", str(work / "covid_lesion"), "--split", "all"])
+                               "--output-dir", str(work / "covid_lesion"), "--split", "all",
+                               "--proxy-stages", "--noprogress"])
 
     # The lesion configs train on covid_zenodo_train and test on covid_zenodo_val.
     detector_common = (["DATASETS.TRAIN", "('covid_phantom_train',)",
@@ -220,14 +225,38 @@ def _write_phantom_scan(cases: pathlib.Path, work: pathlib.Path) -> str:
     return str(path)
 
 
+# Lesion-evaluator metrics shown in the demo summary (all are in lesion_metrics.json).
+SUMMARY_METRICS = ("lesion_dice_matched", "pixel_accuracy_lung", "lesion_sensitivity",
+                   "tiny_lesion_sensitivity", "pixel_dice_per_slice", "false_positives_per_slice")
+
+
+def _coco_ap(detector_dir: pathlib.Path) -> Dict[str, float]:
+    """Return bbox and segm AP of the detector's last evaluation (Detectron2's metrics.json)."""
+    rows = [json.loads(line) for line in (detector_dir / "metrics.json").read_text().splitlines()
+            if line.strip()]
+    evaluated = [row for row in rows if "bbox/AP" in row]
+    if not evaluated:
+        return {}
+    return {key: evaluated[-1][key] for key in ("bbox/AP", "segm/AP") if key in evaluated[-1]}
+
+
+def _score_threshold(detector_dir: pathlib.Path) -> str:
+    config = detector_dir / "config.yaml"
+    for line in config.read_text().splitlines() if config.is_file() else []:
+        if line.strip().startswith("SCORE_THRESH:"):
+            return line.split(":", 1)[1].strip()
+    return "n/a"
+
+
 def _print_summary(work, detector_dir, infer_dir, cases, stages, synthetic) -> None:
-    lesion_files = sorted((detector_dir / "inference").glob("*/lesion_metrics.json"))
     tables = []
-    for path in lesion_files:
-        metrics = json.loads(path.read_text())
-        flat = metrics.get("lesion", metrics)
-        tables.append(f"Lesion metrics on {path.parent.name}:\n"
-                      + format_results_table({"spatio-temporal R18 (CPU demo)": flat}))
+    for path in sorted((detector_dir / "inference").glob("*/lesion_metrics.json")):
+        metrics = json.loads(path.read_text())["metrics"]
+        row = {key: metrics.get(key, "n/a") for key in SUMMARY_METRICS}
+        row.update(_coco_ap(detector_dir))
+        tables.append(f"Detector on {path.parent.name} (score threshold "
+                      f"{_score_threshold(detector_dir)}):\n"
+                      + format_results_table({"spatio-temporal R18 (CPU demo)": row}))
     lung = json.loads((work / "lung_eval.json").read_text())
     tables.append("Lung stage (validation cases):\n"
                   + format_results_table(lung["validation"], row_header="variant"))

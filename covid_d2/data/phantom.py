@@ -90,7 +90,7 @@ def write_phantom_cases(cases_root: pathlib.Path, num_train: int = 4, num_val: i
                         seed: int = 0) -> Dict[str, List[str]]:
     """Write phantom cases and ``splits.json`` under ``cases_root``; return the splits.
 
-    Train and val phantoms have lesions; the test split holds one lesion-free phantom.
+    Train and val phantoms have lesions; the test split contains one lesion-free phantom.
     """
     cases_root = pathlib.Path(cases_root)
     splits: Dict[str, List[str]] = {"train": [], "val": [], "test": []}

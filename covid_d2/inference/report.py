@@ -5,7 +5,8 @@ Files written into ``<output_dir>/<scan_id>/`` (each atomically):
   original voxel grid with its affine (uint8, or uint16 above 255 lesions);
 - ``lung.nii.gz``: the lung mask {0, 1} on the same grid;
 - ``report.json``: per-lesion volume (mL), slice range, score and stage, totals and timings;
-- ``overlay_<slice>.png``: the most affected axial slices with lung contour and lesions.
+- ``overlay_<slice>.png``: the most affected axial slices with lung contour and lesions (the
+  slice with the most lung when no lesion is found).
 Slice numbers in reports count from the most superior slice (index 0) of the scan.
 """
 
@@ -128,6 +129,9 @@ def write_scan_outputs(output_dir: pathlib.Path, scan_id: str, source: str, volu
 
     areas = np.count_nonzero(result.lesion_labels.reshape(volume.shape[0], -1), axis=1)
     worst = [int(i) for i in np.argsort(areas)[::-1][:num_overlays] if areas[i] > 0]
+    if not worst and result.lung_voxels:
+        # No lesion found: show the slice with the most lung, so the lung contour can be checked.
+        worst = [int(np.argmax(np.count_nonzero(result.lung.reshape(volume.shape[0], -1), axis=1)))]
     overlays = []
     for index in sorted(worst):
         image = render_overlay(display_slice(volume, index), result.lung[index],
