@@ -121,7 +121,8 @@ def test_compute_roi_margin_and_clipping():
     lung[1:3, 10:20, 5:15] = 1
     crop, dilated = compute_roi(lung, (2.0, 1.0, 1.0), dilation_mm=2.0, margin_px=4)
     assert crop == RoiCrop((1, 3), (4, 26), (0, 21), (5, 40, 40))
-    assert dilated[1, 8, 10] and not dilated[1, 7, 10]
+    assert dilated[1, 8, 10]
+    assert not dilated[1, 7, 10]
 
 
 def test_uint8_volume_refused_by_hu_model(zenodo_case):

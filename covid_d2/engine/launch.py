@@ -70,7 +70,7 @@ def _cpu_worker(local_rank, main_func, num_processes, num_machines, machine_rank
         if machine == machine_rank:
             comm._LOCAL_PROCESS_GROUP = group
 
-    # DefaultTrainer wraps the model with create_ddp_model, which passes device_ids=[rank]; DDP
+    # DefaultTrainer wraps the model with create_ddp_model, which passes device_ids=[rank]. DDP
     # rejects that for CPU modules, so this process uses a CPU-aware version.
     from detectron2.engine import defaults
 
