@@ -16,7 +16,7 @@ demo: setup
 
 bench-quick: setup
 	$(PY) bench/speed.py --quick
-	$(PY) bench/ablation.py --quick
+	$(PY) bench/ablation.py --quick $(if $(wildcard output/demo/covid_lesion),--datasets-root output/demo,)
 
 clean:
 	rm -rf output .pytest_cache

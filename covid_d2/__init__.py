@@ -5,7 +5,13 @@ Importing this package applies the detectron2 0.6 compatibility shims (see
 exposes :func:`add_covid_config`.
 """
 
-from covid_d2 import compat as _compat
+import warnings
+
+# torch 2.14 deprecates torch.jit.script, which detectron2 0.6 calls at import time, and the
+# warning says nothing actionable to covid-d2 users.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+
+from covid_d2 import compat as _compat  # noqa: E402
 
 _compat.apply()
 
