@@ -7,8 +7,8 @@ exposes :func:`add_covid_config`.
 
 import warnings
 
-# torch 2.14 deprecates torch.jit.script, which detectron2 0.6 calls at import time, and the
-# warning says nothing actionable to covid-d2 users.
+# torch 2.14 deprecates torch.jit.script, which detectron2 0.6 calls at import time. Users
+# cannot act on that warning, so it is hidden.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 from covid_d2 import compat as _compat  # noqa: E402

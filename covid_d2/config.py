@@ -1,7 +1,7 @@
 """Configuration keys added by covid-d2 to Detectron2's ``CfgNode``.
 
-Each section has its own function so that the keys of one stage sit together; every key has a
-comment saying what it sets and in what unit.
+Each section has its own function so that the keys of one stage sit together. Every key has a
+comment stating what it sets and in what unit.
 """
 
 from detectron2.config import CfgNode as CN

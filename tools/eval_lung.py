@@ -16,10 +16,8 @@ are given for each step.
 import argparse
 import json
 import logging
-import os
 import pathlib
 import sys
-import tempfile
 import time
 
 import covid_d2  # noqa: F401  (first: applies the detectron2 0.6 shims)
@@ -32,6 +30,7 @@ from covid_d2.lung.classical import classical_lung_mask
 from covid_d2.lung.crf import CRFParams, fuse_views, refine_lung_volume
 from covid_d2.lung.metrics import dice, hausdorff95
 from covid_d2.lung.predict import LungViewPredictor, lung_input_volume
+from covid_d2.utils.atomic import write_json_atomic
 
 logger = logging.getLogger("covid_d2.eval_lung")
 
@@ -120,11 +119,7 @@ def main(argv=None) -> int:
         logger.info("HU sanity check (fused+CRF vs -320 HU threshold mask):\n%s",
                     format_results_table(hu_rows, row_header="case"))
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp_name = tempfile.mkstemp(dir=args.output.parent, prefix=".lung_eval.")
-        with os.fdopen(handle, "w") as f:
-            json.dump({"validation": rows, "hu_sanity": hu_rows}, f, indent=1)
-        os.replace(tmp_name, args.output)
+        write_json_atomic(args.output, {"validation": rows, "hu_sanity": hu_rows})
     return 0
 
 

@@ -9,7 +9,7 @@ Example:
         --lung-sagittal-weights output/lung_sagittal_cpu/model_final.pth
 
 For each scan, ``<output-dir>/<scan id>/`` receives lesions.nii.gz and lung.nii.gz (on the
-input's voxel grid, with its affine), report.json and overlay PNGs; ``<output-dir>/summary.csv``
+input's voxel grid, with its affine), report.json and overlay PNGs. ``<output-dir>/summary.csv``
 has one row per scan. See covid_d2/inference/report.py for the file contents.
 """
 
@@ -29,7 +29,8 @@ import tqdm
 from covid_d2.data.dicom import read_dicom_series
 from covid_d2.data.nifti import read_mask_nifti, read_nifti
 from covid_d2.engine import load_covid_config
-from covid_d2.inference.report import CSV_COLUMNS, _write_text_atomic, csv_row, write_scan_outputs
+from covid_d2.inference.report import CSV_COLUMNS, csv_row, write_scan_outputs
+from covid_d2.utils.atomic import write_text_atomic
 from covid_d2.inference.volume import LesionDetector, detect_volume
 
 logger = logging.getLogger("covid_d2.infer")
@@ -93,7 +94,7 @@ def write_summary(output_dir: pathlib.Path, rows) -> pathlib.Path:
     writer.writeheader()
     writer.writerows(rows)
     path = output_dir / "summary.csv"
-    _write_text_atomic(path, buffer.getvalue())
+    write_text_atomic(path, buffer.getvalue())
     return path
 
 

@@ -51,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def summary_line(case) -> str:
-    """One line per case: slices, spacing, intensity kind, lesion voxels and gaps."""
+    """Return the summary line of a case: slices, spacing, intensity kind, lesion voxels and gaps."""
     volume = case.image
     spacing = "x".join(f"{v:.3g}" for v in volume.spacing)
     known = "" if case.meta.get("spacing_known", True) else " (nominal)"

@@ -18,11 +18,10 @@ import csv
 import json
 import logging
 import multiprocessing
-import os
+import io
 import pathlib
 import shutil
 import sys
-import tempfile
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -32,6 +31,7 @@ import tqdm
 import covid_d2  # noqa: F401  (applies the detectron2 0.6 shims first)
 from covid_d2.engine import load_covid_config
 from covid_d2.lung.roi import ROI_JSON
+from covid_d2.utils.atomic import write_text_atomic
 
 logger = logging.getLogger("covid_d2.preprocess_lung_roi")
 
@@ -131,14 +131,11 @@ def write_manifest(output_dir: pathlib.Path) -> pathlib.Path:
             "crop_col": "%d:%d" % tuple(crop["col"]),
             "original_shape": "x".join(str(n) for n in record["original_shape"]),
         })
-    path = output_dir / "manifest.csv"
-    handle, tmp_name = tempfile.mkstemp(prefix=".manifest.", dir=output_dir)
-    with os.fdopen(handle, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["case_id"])
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp_name, path)
-    return path
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["case_id"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text_atomic(output_dir / "manifest.csv", buffer.getvalue())
 
 
 def select_cases(args) -> List[pathlib.Path]:

@@ -19,7 +19,7 @@ import covid_d2  # first: applies the detectron2 0.6 shims before detectron2 loa
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import default_argument_parser
 
-from covid_d2.engine import ResumableTrainer, covid_setup, launch
+from covid_d2.engine import ResumableTrainer, covid_setup, launch, train_or_evaluate
 from covid_d2.lung.data import LungViewMapper, register_lung_datasets
 from covid_d2.lung.evaluation import LungDiceEvaluator
 
@@ -49,16 +49,7 @@ def setup(args):
 
 def main(args):
     cfg = setup(args)
-    if args.eval_only:
-        model = LungTrainer.build_model(cfg)
-        from detectron2.checkpoint import DetectionCheckpointer
-
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume)
-        return LungTrainer.test(cfg, model)
-    trainer = LungTrainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    return train_or_evaluate(LungTrainer, cfg, args.eval_only, args.resume)
 
 
 if __name__ == "__main__":

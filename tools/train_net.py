@@ -24,7 +24,7 @@ from detectron2.data import (DatasetCatalog, MetadataCatalog, build_detection_te
 from detectron2.engine import default_argument_parser
 
 from covid_d2.data.three_slice_mapper import ThreeSliceDatasetMapper
-from covid_d2.engine import ResumableTrainer, covid_setup, launch
+from covid_d2.engine import ResumableTrainer, covid_setup, launch, train_or_evaluate
 from covid_d2.evaluation import LesionEvaluator, SemSegAsInstances, build_lesion_evaluators
 
 logger = logging.getLogger("covid_d2.train_net")
@@ -82,16 +82,7 @@ def setup(args):
 
 def main(args):
     cfg = setup(args)
-    if args.eval_only:
-        model = Trainer.build_model(cfg)
-        from detectron2.checkpoint import DetectionCheckpointer
-
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume)
-        return Trainer.test(cfg, model)
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    return train_or_evaluate(Trainer, cfg, args.eval_only, args.resume)
 
 
 if __name__ == "__main__":

@@ -159,7 +159,7 @@ def check_intensities(array: np.ndarray, source: str) -> None:
         )
     if array.min() == array.max():
         raise IntensityError(
-            f"{source}: the volume is constant (every voxel is {array.flat[0]!r}), so it holds "
+            f"{source}: the volume is constant (every voxel is {array.flat[0]!r}), so it contains "
             "no image. Check that the right file or series was exported."
         )
 

@@ -1,5 +1,6 @@
 """A ``DefaultTrainer`` whose checkpoints restore the optimizer state on every detectron2."""
 
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import DefaultTrainer
 from detectron2.engine.train_loop import TrainerBase
 
@@ -25,3 +26,19 @@ class ResumableTrainer(DefaultTrainer):
         super().load_state_dict(state_dict)
         if not _UPSTREAM_SAVES_OPTIMIZER and "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])
+
+
+def train_or_evaluate(trainer_class, cfg, eval_only: bool, resume: bool):
+    """Train with ``trainer_class``, or with ``eval_only`` load ``cfg.MODEL.WEIGHTS`` and test.
+
+    ``resume`` continues from the last checkpoint in ``cfg.OUTPUT_DIR``, as Detectron2's
+    ``--resume`` does. Returns the trainer's results (the test results when evaluating).
+    """
+    if eval_only:
+        model = trainer_class.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=resume)
+        return trainer_class.test(cfg, model)
+    trainer = trainer_class(cfg)
+    trainer.resume_or_load(resume=resume)
+    return trainer.train()

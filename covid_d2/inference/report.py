@@ -11,9 +11,7 @@ Slice numbers in reports count from the most superior slice (index 0) of the sca
 """
 
 import json
-import os
 import pathlib
-import tempfile
 from typing import Any, Dict, List
 
 import cv2
@@ -22,6 +20,7 @@ import numpy as np
 from covid_d2.data.volume import CTVolume
 from covid_d2.data.writers import write_volume_nifti
 from covid_d2.inference.volume import STAGE_NAMES, VolumeResult
+from covid_d2.utils.atomic import write_bytes_atomic, write_text_atomic
 
 LESION_FILE = "lesions.nii.gz"
 LUNG_FILE = "lung.nii.gz"
@@ -31,29 +30,11 @@ CSV_COLUMNS = ["scan_id", "input", "slices", "lesion_count", "lesion_volume_ml",
                "involvement_percent", "max_score", "status"]
 
 
-def _write_text_atomic(path: pathlib.Path, text: str) -> None:
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as f:
-            f.write(text)
-        os.replace(tmp_name, path)
-    except BaseException:
-        pathlib.Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def _write_png_atomic(path: pathlib.Path, image: np.ndarray) -> None:
     ok, encoded = cv2.imencode(".png", image)
     if not ok:
         raise OSError(f"PNG encoding failed for {path}")
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(encoded.tobytes())
-        os.replace(tmp_name, path)
-    except BaseException:
-        pathlib.Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, encoded.tobytes())
 
 
 def display_slice(volume: CTVolume, index: int) -> np.ndarray:
@@ -142,7 +123,7 @@ def write_scan_outputs(output_dir: pathlib.Path, scan_id: str, source: str, volu
 
     report = build_report(scan_id, source, volume, result, spacing_known, timings)
     report["overlays"] = overlays
-    _write_text_atomic(scan_dir / REPORT_FILE, json.dumps(report, indent=1))
+    write_text_atomic(scan_dir / REPORT_FILE, json.dumps(report, indent=1))
     return report
 
 

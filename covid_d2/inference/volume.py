@@ -1,8 +1,8 @@
 """Lesion detection on a whole CT volume: lung ROI, three-slice inputs, detector, 3D lesions.
 
-Coordinates: the volume is on the canonical ``(S, H, W)`` grid of ``covid_d2.data`` (slice 0 is
-the most superior); the detector runs on the lung-ROI crop of that grid; results are pasted
-back onto the full grid and then onto the scan's original voxel grid when written.
+Coordinates: the volume is on the canonical ``(S, H, W)`` grid of ``covid_d2.data``, where slice
+0 is the most superior. The detector runs on the lung-ROI crop of that grid. Results are pasted
+back onto the full grid, and onto the scan's original voxel grid when written.
 """
 
 import dataclasses

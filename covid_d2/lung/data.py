@@ -50,7 +50,7 @@ def lung_view_dicts(cases_root: pathlib.Path, case_ids: Sequence[str], view: str
     """Build one dataset dict per view image of the given cases that have a lung mask.
 
     Images without lung (fewer than ``min_lung_pixels``) are kept one in four, so the model
-    also sees negatives. Each dict carries the image and mask arrays.
+    also learns from negatives. Each dict carries the image and mask arrays.
     NOTE: the arrays are kept in memory (about 130 KB per 256x256 uint8 image pair), which suits
     the shared data sets; a large cohort would need per-case loading in the mapper.
     """
@@ -118,9 +118,9 @@ def register_lung_datasets(cases_root: pathlib.Path) -> List[str]:
 class LungViewMapper:
     """Turn a lung view dict into ``{"image": (1, N, N) float 0..255, "sem_seg": (N, N) int64}``.
 
-    In training it applies the augmentations of ``cfg.LUNG.AUGMENT``: intensity (HU window
-    around level/width for HU data; gamma and contrast for 8-bit data), flips, scaling and
-    shifts. ``N`` is ``cfg.LUNG.INPUT_SIZE``.
+    In training it applies the augmentations of ``cfg.LUNG.AUGMENT``: flips, scaling, shifts
+    and an intensity change. HU data gets a random window around the configured level and
+    width, and 8-bit data a random gamma and contrast. ``N`` is ``cfg.LUNG.INPUT_SIZE``.
     """
 
     @configurable

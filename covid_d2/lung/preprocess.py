@@ -74,7 +74,7 @@ def preprocess_case(case_dir: pathlib.Path, output_root: pathlib.Path, cfg,
     ``segment`` is a callable ``volume -> (lung_mask, timings)`` (see
     ``covid_d2.lung.predict.segment_lungs``); with ``use_gt_lungs`` the case's own lung mask is
     used instead. The case is written to a ``.partial`` folder renamed at the end, so a killed
-    run leaves no partial case; finished cases are skipped unless ``overwrite``.
+    run leaves no partial case. Finished cases are skipped unless ``overwrite``.
     """
     case_dir = pathlib.Path(case_dir)
     output_root = pathlib.Path(output_root)

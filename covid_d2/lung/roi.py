@@ -7,15 +7,14 @@ that every ROI output maps back onto the case voxel-exactly.
 
 import dataclasses
 import json
-import os
 import pathlib
-import tempfile
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
 
 from covid_d2.data.volume import CTVolume
+from covid_d2.utils.atomic import write_json_atomic
 
 ROI_JSON = "roi.json"
 
@@ -134,16 +133,7 @@ def crop_volume(volume: CTVolume, crop: RoiCrop, array_shw: Optional[np.ndarray]
 
 def write_roi_json(path: pathlib.Path, crop: RoiCrop, extra: Dict[str, Any]) -> None:
     """Write the crop record (and facts such as the lung volume) atomically as JSON."""
-    record = {**crop.to_json(), **extra}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as f:
-            json.dump(record, f, indent=1)
-        os.replace(tmp_name, path)
-    except BaseException:
-        pathlib.Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_json_atomic(path, {**crop.to_json(), **extra})
 
 
 def read_roi_json(case_dir: pathlib.Path) -> Optional[RoiCrop]:

@@ -39,7 +39,7 @@ IMAGE_FIELDS = (
 STANDARD_DATASETS: Dict[str, Dict[str, Any]] = {
     "covid_zenodo_train": {"source": "zenodo", "split": "train"},
     "covid_zenodo_val": {"source": "zenodo", "split": "val"},
-    # The 50 Inf-Net slices are that data set's own training split, whatever splits.json says.
+    # The 50 Inf-Net slices are that data set's own training split, whatever splits.json lists.
     "covid_infnet_train": {"source": "infnet", "split": None},
     "covid_ctmd_p001": {"source": "covid_ct_md", "case_id": "covid_ct_md_P001", "split": None},
     "covid_ctmd_normal002": {"source": "covid_ct_md", "case_id": "covid_ct_md_normal002", "split": None},

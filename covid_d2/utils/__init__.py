@@ -1,0 +1,1 @@
+"""Small helpers shared by covid-d2 modules."""

@@ -1,0 +1,37 @@
+"""Atomic file writes: a temporary file in the target folder, then ``os.replace``.
+
+A reader never sees a half-written file, and an interrupted write leaves the old file (or none).
+"""
+
+import json
+import os
+import pathlib
+import tempfile
+from typing import Any, Union
+
+PathLike = Union[str, pathlib.Path]
+
+
+def write_bytes_atomic(path: PathLike, data: bytes) -> pathlib.Path:
+    """Write ``data`` to ``path`` atomically, creating the parent folder."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as f:
+            f.write(data)
+        os.replace(tmp_name, path)
+    except BaseException:
+        pathlib.Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: PathLike, text: str) -> pathlib.Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: PathLike, content: Any) -> pathlib.Path:
+    """Write ``content`` as indented JSON to ``path`` atomically."""
+    return write_text_atomic(path, json.dumps(content, indent=1))
