@@ -56,7 +56,12 @@ def _worker(rank: int, port: int, output_path: str) -> None:
         pathlib.Path(output_path).write_text(json.dumps(results))
     else:
         assert results == {}, results
+    dist.barrier()
     dist.destroy_process_group()
+    # Exit like covid-d2's CPU launcher, which skips a teardown that gloo can abort.
+    from covid_d2.engine.launch import exit_worker_process
+
+    exit_worker_process()
 
 
 def test_evaluator_gathers_two_workers(tmp_path):
