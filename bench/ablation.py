@@ -141,10 +141,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def schedule_opts(iters: int) -> List[str]:
-    """Return the solver overrides every training run gets: ``iters`` iterations, LR step at 75 %."""
+    """Return the solver overrides of every training run: ``iters`` iterations, LR step at 75 %,
+    a checkpoint every quarter of the run but not more often than every 100 iterations."""
     return ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", f"({max(1, int(iters * 0.75))},)",
             "SOLVER.WARMUP_ITERS", str(min(50, max(1, iters // 5))),
-            "SOLVER.CHECKPOINT_PERIOD", str(iters + 1), "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()"]
+            "SOLVER.CHECKPOINT_PERIOD", str(max(100, iters // 4)), "TEST.EVAL_PERIOD", "0",
+            "DATASETS.TEST", "()"]
 
 
 # --------------------------------------------------------------------------- data
@@ -366,7 +368,9 @@ def train_model(args, key: str, config: str, env: Dict[str, str], extra_opts: Se
     if args.reuse and weights.is_file() and times_file.is_file():
         logger.info("Reusing %s (--reuse)", weights)
         return json.loads(times_file.read_text())
-    command = ["tools/train_net.py", "--config-file", config, "OUTPUT_DIR", run_dir, "SEED", str(args.seed),
+    # With --resume, a killed run continues from its last checkpoint, and its wall time then
+    # covers only the resumed part. A folder without a checkpoint starts from scratch.
+    command = ["tools/train_net.py", "--config-file", config, "--resume", "OUTPUT_DIR", run_dir, "SEED", str(args.seed),
                "MODEL.DEVICE", args.device, *schedule_opts(args.resolver_iters if key.startswith("resolver")
                                                            else args.iters), *extra_opts]
     result = common.run_python(command, args.work_dir / "logs" / f"{key}.log", env)

@@ -75,7 +75,8 @@ def test_ablation_schedule_opts(ablation):
     opts = dict(zip(*[iter(ablation.schedule_opts(100))] * 2))
     assert opts["SOLVER.MAX_ITER"] == "100"
     assert opts["SOLVER.STEPS"] == "(75,)"
-    assert opts["SOLVER.CHECKPOINT_PERIOD"] == "101"
+    assert opts["SOLVER.CHECKPOINT_PERIOD"] == "100"
+    assert dict(zip(*[iter(ablation.schedule_opts(800))] * 2))["SOLVER.CHECKPOINT_PERIOD"] == "200"
     assert opts["DATASETS.TEST"] == "()"
 
 
