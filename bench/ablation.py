@@ -42,7 +42,6 @@ Examples:
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import logging
 import pathlib
@@ -406,21 +405,13 @@ def train_all(args, env: Dict[str, str]) -> Dict[str, Dict[str, Any]]:
 # --------------------------------------------------------------------------- evaluation
 
 
-def load_trainer_class():
-    """Import the ``Trainer`` of tools/train_net.py (a script, not a package module)."""
-    spec = importlib.util.spec_from_file_location("covid_d2_train_net", common.REPO / "tools" / "train_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.Trainer
-
-
 def evaluate(args, run: Dict[str, Any], eval_names: Dict[str, str]) -> Dict[str, Dict[str, Any]]:
     """Score one trained model on every held-out set; return set key -> flat results.
 
     COCO AP comes from the evaluators' returned results and the lesion metrics from the
     ``lesion_metrics.json`` each ``LesionEvaluator`` writes (it keeps "n/a" metrics too).
     """
-    trainer = load_trainer_class()
+    trainer = common.load_trainer_class()
     names = tuple(eval_names.values())
     cfg = load_covid_config(run["config"], ["OUTPUT_DIR", run["run_dir"], "MODEL.DEVICE", args.device,
                                             "MODEL.WEIGHTS", run["weights"], "DATASETS.TEST", str(names),

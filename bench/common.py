@@ -5,6 +5,7 @@ from ``time.perf_counter``. On CUDA the device is synchronised before each clock
 queued kernels count toward the step that launched them.
 """
 
+import importlib.util
 import logging
 import os
 import pathlib
@@ -129,3 +130,11 @@ def run_python(arguments: Sequence[str], log_path: pathlib.Path, env: Dict[str, 
                          f"log {log_path} ends with:\n{tail}")
     # Linux reports ru_maxrss in KiB.
     return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024.0}
+
+
+def load_trainer_class():
+    """Import the ``Trainer`` of tools/train_net.py (a script, not a package module)."""
+    spec = importlib.util.spec_from_file_location("covid_d2_train_net", REPO / "tools" / "train_net.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Trainer

@@ -100,3 +100,34 @@ def test_common_median_seconds_calls(common):
 def test_common_cuda_without_gpu(common):
     with pytest.raises(SystemExit, match="CUDA is not available"):
         common.check_device("cuda")
+
+
+@pytest.fixture(scope="module")
+def proposals_ap():
+    return _load("proposals_ap")
+
+
+def test_proposals_rejects_zero_topk(proposals_ap):
+    with pytest.raises(SystemExit):
+        proposals_ap.parse_args(["--topk", "500", "0"])
+
+
+def test_proposals_missing_weights_message(proposals_ap, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("")
+    args = proposals_ap.parse_args(["--config-file", str(config), "--weights", str(tmp_path / "absent.pth")])
+    with pytest.raises(SystemExit, match="absent.pth not found"):
+        proposals_ap.check_inputs(args)
+
+
+def test_proposals_forward_timer_counts_images(proposals_ap):
+    class Identity(torch.nn.Module):
+        def forward(self, batched_inputs):
+            return batched_inputs
+
+    model = Identity()
+    timer = proposals_ap.ForwardTimer(model, "cpu")
+    model([{"image": 0}, {"image": 1}])
+    model([{"image": 2}])
+    assert timer.images == 3
+    assert timer.seconds >= 0.0
