@@ -60,7 +60,8 @@ import torch  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 
 import common  # noqa: E402
-from covid_d2.data.coco_export import LESION_CATEGORY, encode_rle, lesion_components, write_json_atomic  # noqa: E402
+from covid_d2.data.coco_export import LESION_CATEGORY, encode_rle, lesion_components  # noqa: E402
+from covid_d2.utils.atomic import write_json_atomic  # noqa: E402
 from covid_d2.data.datasets.covid_lesion import (  # noqa: E402
     EXPORT_FOLDER, datasets_root, load_covid_lesion_json, register_covid_lesion_instances)
 from covid_d2.data.three_slice_mapper import decode_masks, load_three_slices  # noqa: E402

@@ -53,7 +53,6 @@ import covid_d2  # noqa: E402  (first: applies the detectron2 0.6 shims)
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.solver import build_optimizer  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
@@ -62,7 +61,8 @@ from PIL import Image  # noqa: E402
 import common  # noqa: E402
 import mapper_throughput  # noqa: E402
 import model_stats  # noqa: E402
-from covid_d2.data.coco_export import lesion_components, write_json_atomic  # noqa: E402
+from covid_d2.data.coco_export import lesion_components  # noqa: E402
+from covid_d2.utils.atomic import write_json_atomic  # noqa: E402
 from covid_d2.data.three_slice_mapper import masks_to_instances  # noqa: E402
 from covid_d2.engine import load_covid_config  # noqa: E402
 from covid_d2.evaluation import format_results_table  # noqa: E402

@@ -37,6 +37,7 @@ from covid_d2.data.errors import IntensityError
 from covid_d2.data.intensity import normalize_volume
 from covid_d2.data.stages import StageLabeller, involvement_fraction
 from covid_d2.data.volume import CASE_JSON, Case, load_case
+from covid_d2.utils.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -331,21 +332,6 @@ def build_coco(entries: Sequence[CaseEntry], info: Dict[str, Any], ids: Dict[Tup
     return {"info": info, "licenses": [], "images": images, "annotations": annotations, "categories": [dict(LESION_CATEGORY)]}
 
 
-def write_json_atomic(path: pathlib.Path, content: Dict[str, Any]) -> pathlib.Path:
-    """Write ``content`` as JSON to ``path`` through a temporary file in the same folder."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as f:
-            json.dump(content, f)
-        os.replace(tmp_name, path)
-    except BaseException:
-        pathlib.Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def read_splits(cases_root: pathlib.Path) -> Dict[str, List[str]]:
     """Return ``splits.json`` of a cases root, or an empty dict when there is none."""
     path = pathlib.Path(cases_root) / SPLITS_FILE
@@ -435,12 +421,13 @@ def export_cases(
         "options": dataclasses.asdict(options),
         "stage_proxy": bool(labeller and labeller.proxy),
     }
-    written = [write_json_atomic(output_dir / f"{split}.json", build_coco(entries, info, ids))]
+    written = [write_json_atomic(output_dir / f"{split}.json", build_coco(entries, info, ids), indent=None)]
     splits = read_splits(cases_root)
     for name, spec in STANDARD_DATASETS.items():
         members = [entry for entry in entries if matches_standard_dataset(spec, entry.case_id, entry.meta, splits)]
         if members:
-            written.append(write_json_atomic(output_dir / f"{name}.json", build_coco(members, {**info, "dataset": name}, ids)))
+            written.append(write_json_atomic(output_dir / f"{name}.json", build_coco(members, {**info, "dataset": name}, ids),
+                                             indent=None))
 
     num_images = sum(len(entry.slices) for entry in entries)
     negatives = sum(1 for entry in entries for item in entry.slices if not item.annotations)

@@ -1,13 +1,12 @@
 """Train/validation split of a cases root, by case (never by slice), written to ``splits.json``."""
 
 import json
-import os
 import pathlib
 import random
-import tempfile
 from typing import Dict, List
 
 from covid_d2.data.volume import CASE_JSON
+from covid_d2.utils.atomic import write_json_atomic
 
 SPLITS_FILE = "splits.json"
 # Fraction of the cases of a split source that goes to "val" (at least one case when >= 2 cases).
@@ -49,13 +48,4 @@ def scan_cases_root(cases_root) -> Dict[str, str]:
 
 def write_splits(cases_root, splits: Dict[str, List[str]]) -> pathlib.Path:
     """Write ``splits`` to ``<cases_root>/splits.json`` atomically."""
-    path = pathlib.Path(cases_root) / SPLITS_FILE
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{SPLITS_FILE}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as f:
-            json.dump(splits, f, indent=1)
-        os.replace(tmp_name, path)
-    except BaseException:
-        pathlib.Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json_atomic(pathlib.Path(cases_root) / SPLITS_FILE, splits)

@@ -1,13 +1,11 @@
 """Detectron2 ``DatasetEvaluator`` of COVID-19 lesion predictions; its docstring defines every metric."""
 
 import itertools
-import json
 import logging
 import math
 import os
-import tempfile
 from collections import OrderedDict
-from typing import Any, List, Optional
+from typing import List, Optional
 
 from detectron2.config import configurable
 from detectron2.data import DatasetCatalog
@@ -21,22 +19,9 @@ from covid_d2.evaluation.lesion_metrics import (
     score_slice,
     summarize_slice_records,
 )
+from covid_d2.utils.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
-
-
-def _write_json_atomic(path: str, payload: Any) -> None:
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".json")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(payload, stream, indent=1)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 class LesionEvaluator(DatasetEvaluator):
@@ -206,11 +191,11 @@ class LesionEvaluator(DatasetEvaluator):
                 "for slice-level metrics only", skipped, len(records), self._dataset_name,
             )
         if self._output_dir:
-            _write_json_atomic(
+            write_json_atomic(
                 os.path.join(self._output_dir, "lesion_metrics.json"),
                 {"dataset": self._dataset_name, "metrics": metrics, "volumes": volumes},
             )
-            _write_json_atomic(os.path.join(self._output_dir, "lesion_per_image.json"), records)
+            write_json_atomic(os.path.join(self._output_dir, "lesion_per_image.json"), records)
 
         available = OrderedDict(
             (key, value) for key, value in metrics.items()

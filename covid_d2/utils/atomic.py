@@ -7,7 +7,7 @@ import json
 import os
 import pathlib
 import tempfile
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 PathLike = Union[str, pathlib.Path]
 
@@ -32,6 +32,6 @@ def write_text_atomic(path: PathLike, text: str) -> pathlib.Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def write_json_atomic(path: PathLike, content: Any) -> pathlib.Path:
-    """Write ``content`` as indented JSON to ``path`` atomically."""
-    return write_text_atomic(path, json.dumps(content, indent=1))
+def write_json_atomic(path: PathLike, content: Any, indent: Optional[int] = 1) -> pathlib.Path:
+    """Write ``content`` as JSON to ``path`` atomically; ``indent=None`` writes it compact."""
+    return write_text_atomic(path, json.dumps(content, indent=indent))
