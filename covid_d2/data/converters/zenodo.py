@@ -47,7 +47,11 @@ def convert_case(data_root, case_id: str) -> Case:
         spacing_mm=NOMINAL_SPACING_MM,
     )
     gaps = detect_slice_gaps(volume.array, masks["lung"])
-    logger.info("%s: %d gaps between neighbouring slices at %s", case_id, len(gaps), gaps)
+    if gaps:
+        logger.info("%s: slice gap after slice index %s (slices i and i+1 are not adjacent)", case_id,
+                    ", ".join(str(index) for index in gaps))
+    else:
+        logger.info("%s: no slice gaps found", case_id)
     meta = {
         "case_id": case_id,
         "source": SOURCE,
