@@ -45,6 +45,7 @@ import contextlib
 import json
 import logging
 import pathlib
+import shutil
 import sys
 import time
 from collections import OrderedDict
@@ -365,9 +366,13 @@ def train_model(args, key: str, config: str, env: Dict[str, str], extra_opts: Se
     run_dir = args.work_dir / key
     weights = run_dir / "model_final.pth"
     times_file = run_dir / "bench_train.json"
-    if args.reuse and weights.is_file() and times_file.is_file():
-        logger.info("Reusing %s (--reuse)", weights)
-        return json.loads(times_file.read_text())
+    if times_file.is_file():
+        if args.reuse and weights.is_file():
+            logger.info("Reusing %s (--reuse)", weights)
+            return json.loads(times_file.read_text())
+        # A finished run would "resume" at its last iteration and train nothing, so it starts over.
+        logger.info("Removing the finished run %s to train it again (pass --reuse to keep it)", run_dir)
+        shutil.rmtree(run_dir)
     # With --resume, a killed run continues from its last checkpoint, and its wall time then
     # covers only the resumed part. A folder without a checkpoint starts from scratch.
     command = ["tools/train_net.py", "--config-file", config, "--resume", "OUTPUT_DIR", run_dir, "SEED", str(args.seed),

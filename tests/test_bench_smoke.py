@@ -131,3 +131,35 @@ def test_proposals_forward_timer_counts_images(proposals_ap):
     model([{"image": 2}])
     assert timer.images == 3
     assert timer.seconds >= 0.0
+
+
+def _fake_training(ablation, monkeypatch, tmp_path, reuse):
+    run_dir = tmp_path / "full"
+    run_dir.mkdir()
+    (run_dir / "model_final.pth").write_bytes(b"old")
+    (run_dir / "bench_train.json").write_text('{"wall_s": 5.0}')
+    calls = []
+
+    def fake_run_python(command, log_path, env):
+        calls.append(command)
+        return {"wall_s": 1.0}
+
+    monkeypatch.setattr(ablation.common, "run_python", fake_run_python)
+    args = ablation.parse_args(["--quick", "--work-dir", str(tmp_path)] + (["--reuse"] if reuse else []))
+    record = ablation.train_model(args, "full", "configs/lesion/cpu/st_R18.yaml", {})
+    return run_dir, calls, record
+
+
+def test_ablation_retrains_finished_run(ablation, monkeypatch, tmp_path):
+    run_dir, calls, record = _fake_training(ablation, monkeypatch, tmp_path, reuse=False)
+    assert len(calls) == 1
+    assert "--resume" in calls[0]
+    assert not (run_dir / "model_final.pth").exists()
+    assert record["wall_s"] == 1.0
+
+
+def test_ablation_reuse_keeps_finished_run(ablation, monkeypatch, tmp_path):
+    run_dir, calls, record = _fake_training(ablation, monkeypatch, tmp_path, reuse=True)
+    assert calls == []
+    assert (run_dir / "model_final.pth").read_bytes() == b"old"
+    assert record["wall_s"] == 5.0
