@@ -121,3 +121,26 @@ def test_no_patient_tags_in_outputs(inference_run, p001):
     text += inference_run["summary"].read_text()
     for identifier in identifiers:
         assert identifier and identifier not in text
+
+
+def test_3d_lesions_do_not_join_across_slice_gaps():
+    from covid_d2.inference import label_lesions_3d
+
+    union = np.zeros((5, 8, 8), dtype=bool)
+    union[1:4, 2:5, 2:5] = True  # one blob over slices 1, 2 and 3
+    union[4, 6, 6] = True  # a second blob, touching nothing
+
+    labels, count = label_lesions_3d(union)
+    assert count == 2
+    assert len(np.unique(labels[1:4][union[1:4]])) == 1
+
+    # Slices 2 and 3 are not adjacent in the body: the blob splits there.
+    labels, count = label_lesions_3d(union, gaps=[2])
+    assert count == 3
+    assert labels[1, 3, 3] == labels[2, 3, 3] != labels[3, 3, 3]
+    assert set(np.unique(labels)) == {0, 1, 2, 3}
+
+    # Isolated slices: every slice is its own lesion; gaps outside the volume are ignored.
+    labels, count = label_lesions_3d(union, gaps=[-1, 7], isolated=True)
+    assert count == 4
+    assert len({int(labels[index, 3, 3]) for index in (1, 2, 3)}) == 3

@@ -8,7 +8,7 @@ back onto the full grid, and onto the scan's original voxel grid when written.
 import dataclasses
 import logging
 import time
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -103,10 +103,34 @@ def three_slice_stacks(grey: np.ndarray, gaps, isolated: bool = False) -> Iterat
         yield index, np.stack([below, grey[index], above])
 
 
+def label_lesions_3d(union: np.ndarray, gaps: Iterable[int] = (), isolated: bool = False) -> Tuple[np.ndarray, int]:
+    """Label the 3D connected components (6-connectivity) of an ``(S, H, W)`` lesion union.
+
+    Components never join across a slice gap: each ``g`` in ``gaps`` means slices ``g`` and
+    ``g + 1`` are not adjacent in the body (the case format's ``slice_gaps``), and with
+    ``isolated`` no two slices are. Labels run from 1 in slice order; 0 is background.
+    """
+    num_slices = union.shape[0]
+    if isolated:
+        cuts = list(range(num_slices - 1))
+    else:
+        cuts = sorted({int(g) for g in gaps if 0 <= int(g) < num_slices - 1})
+    labels = np.zeros(union.shape, dtype=np.int32)
+    count = 0
+    start = 0
+    for stop in [cut + 1 for cut in cuts] + [num_slices]:
+        block, found = ndimage.label(union[start:stop])
+        labels[start:stop] = np.where(block > 0, block + count, 0)
+        count += found
+        start = stop
+    return labels, count
+
+
 def _lesions_3d(union: np.ndarray, score_map: np.ndarray, stage_votes: Dict[int, np.ndarray],
-                spacing_mm, spacing_known: bool) -> Tuple[np.ndarray, List[Lesion3D]]:
-    """Label the 3D connected components (6-connectivity) of the per-slice lesion union."""
-    labels, count = ndimage.label(union)
+                spacing_mm, spacing_known: bool, gaps: Iterable[int] = (),
+                isolated: bool = False) -> Tuple[np.ndarray, List[Lesion3D]]:
+    """Group the per-slice lesion union into 3D lesions (see ``label_lesions_3d``)."""
+    labels, count = label_lesions_3d(union, gaps, isolated)
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0
     lesions = []
     objects = ndimage.find_objects(labels)
@@ -192,5 +216,6 @@ def detect_volume(volume: CTVolume, meta: Dict, lung: np.ndarray, cfg,
     score_full = paste_roi(scores, crop, fill=0.0)
     votes_full = {stage: paste_roi(vote, crop, fill=False) for stage, vote in stage_votes.items()}
     labels, lesions = _lesions_3d(union_full, score_full, votes_full, volume.spacing,
-                                  bool(meta.get("spacing_known", True)))
+                                  bool(meta.get("spacing_known", True)), meta.get("slice_gaps", ()),
+                                  bool(meta.get("isolated_slices")))
     return VolumeResult(labels, lung, lesions, crop, timings)
