@@ -1,8 +1,11 @@
-"""DICOM series reader: a folder of single-frame CT slices -> ``CTVolume`` in HU.
+"""DICOM series reader: a folder of CT slices -> ``CTVolume`` in HU.
 
-Slices are grouped by SeriesInstanceUID and ordered by ImagePositionPatient projected on the
-slice normal (never by file name or InstanceNumber). Patient tags and UIDs are read only to
-group files; they are never copied into the volume's ``meta`` or into log messages.
+A series is either one file per slice or enhanced multi-frame files (Enhanced CT Image
+Storage), whose frames carry their geometry and rescale in the per-frame and shared functional
+groups. Slices (files or frames) are grouped by SeriesInstanceUID and ordered by
+ImagePositionPatient projected on the slice normal (never by file name, InstanceNumber or frame
+number). Patient tags and UIDs are read only to group files; they are never copied into the
+volume's ``meta`` or into log messages.
 """
 
 import contextlib
@@ -11,7 +14,7 @@ import logging
 import pathlib
 import struct
 import warnings
-from typing import Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 import pydicom
@@ -73,6 +76,9 @@ class _Slice:
     pixel_spacing: np.ndarray  # (between rows, between columns) mm
     rows: int
     columns: int
+    slope: float = 1.0
+    intercept: float = 0.0
+    frame: Optional[int] = None  # index of the frame in a multi-frame file, None for one frame per file
 
 
 @dataclasses.dataclass
@@ -89,8 +95,64 @@ def _has_dicom_preamble(path: pathlib.Path) -> bool:
         return f.read(132)[128:132] == b"DICM"
 
 
-def _read_header(path: pathlib.Path) -> Optional[_Slice]:
-    """Return the slice record of ``path``, None for non-DICOM or non-image files."""
+def _functional_value(dataset: pydicom.Dataset, frame: int, sequence: str, keyword: str) -> Any:
+    """Return ``keyword`` of a functional group macro for one frame, per-frame group first, then shared."""
+    groups = []
+    per_frame = dataset.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is not None and frame < len(per_frame):
+        groups.append(per_frame[frame])
+    shared = dataset.get("SharedFunctionalGroupsSequence")
+    if shared:
+        groups.append(shared[0])
+    for group in groups:
+        items = group.get(sequence)
+        if items and keyword in items[0]:
+            return items[0].get(keyword)
+    return None
+
+
+def _frame_records(path: pathlib.Path, dataset: pydicom.Dataset, common: Dict[str, Any]) -> List[_Slice]:
+    """Build one slice record per frame of an enhanced multi-frame image."""
+    frames = int(dataset.get("NumberOfFrames") or 1)
+    if "PerFrameFunctionalGroupsSequence" not in dataset and "SharedFunctionalGroupsSequence" not in dataset:
+        raise GeometryError(
+            f"DICOM file {path} contains {frames} frames but no functional groups, so the position of "
+            "each frame is unknown. covid-d2 reads single-frame series and Enhanced CT multi-frame "
+            "files; convert this file to one of them or to NIfTI."
+        )
+    records = []
+    for frame in range(frames):
+        geometry = {
+            "ImagePositionPatient": _functional_value(dataset, frame, "PlanePositionSequence", "ImagePositionPatient"),
+            "ImageOrientationPatient": _functional_value(
+                dataset, frame, "PlaneOrientationSequence", "ImageOrientationPatient"),
+            "PixelSpacing": _functional_value(dataset, frame, "PixelMeasuresSequence", "PixelSpacing"),
+        }
+        missing = [key for key, value in geometry.items() if value is None]
+        if missing:
+            raise GeometryError(
+                f"DICOM file {path}, frame {frame + 1} of {frames}: {', '.join(missing)} missing from the "
+                "functional groups, so the frame's position in the volume is unknown. covid-d2 reads "
+                "axial CT with full geometry; export the series again or convert it to NIfTI."
+            )
+        slope = _functional_value(dataset, frame, "PixelValueTransformationSequence", "RescaleSlope")
+        intercept = _functional_value(dataset, frame, "PixelValueTransformationSequence", "RescaleIntercept")
+        records.append(_Slice(
+            path=path,
+            dataset=dataset,
+            position=np.array([float(v) for v in geometry["ImagePositionPatient"]]),
+            orientation=np.array([float(v) for v in geometry["ImageOrientationPatient"]]),
+            pixel_spacing=np.array([float(v) for v in geometry["PixelSpacing"]]),
+            slope=float(slope) if slope not in (None, "") else 1.0,
+            intercept=float(intercept) if intercept not in (None, "") else 0.0,
+            frame=frame,
+            **common,
+        ))
+    return records
+
+
+def _read_header(path: pathlib.Path) -> List[_Slice]:
+    """Return the slice records of ``path`` (one per frame), none for non-DICOM or non-image files."""
     truncated = (
         f"DICOM file {path} is truncated or corrupt ({{}}). Export the series again or remove the file."
     )
@@ -101,7 +163,7 @@ def _read_header(path: pathlib.Path) -> Optional[_Slice]:
     except InvalidDicomError as error:
         if _has_dicom_preamble(path):
             raise UnreadableFileError(truncated.format("header cannot be parsed")) from error
-        return None
+        return []
     except (OSError, EOFError, ValueError, KeyError, TypeError, struct.error) as error:
         raise UnreadableFileError(truncated.format(type(error).__name__)) from error
     # pydicom only warns when a file ends inside an element or inside encapsulated pixel data.
@@ -113,7 +175,20 @@ def _read_header(path: pathlib.Path) -> Optional[_Slice]:
         sop_class = getattr(dataset, "file_meta", pydicom.Dataset()).get("MediaStorageSOPClassUID")
         if sop_class is not None and "Image Storage" in pydicom.uid.UID(str(sop_class)).name:
             raise UnreadableFileError(truncated.format("an image file without pixel data"))
-        return None
+        return []
+
+    number = dataset.get("SeriesNumber")
+    instance = dataset.get("InstanceNumber")
+    common = {
+        "series_key": str(dataset.get("SeriesInstanceUID", "")),
+        "series_number": int(number) if number not in (None, "") else None,
+        "series_description": str(dataset.get("SeriesDescription", "")),
+        "instance_number": int(instance) if instance not in (None, "") else None,
+        "rows": int(dataset.Rows),
+        "columns": int(dataset.Columns),
+    }
+    if int(dataset.get("NumberOfFrames") or 1) > 1 or "PerFrameFunctionalGroupsSequence" in dataset:
+        return _frame_records(path, dataset, common)
 
     missing = [key for key in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing") if key not in dataset]
     if missing:
@@ -121,21 +196,18 @@ def _read_header(path: pathlib.Path) -> Optional[_Slice]:
             f"DICOM file {path} lacks {', '.join(missing)}, so its position in the volume is unknown. "
             "covid-d2 reads axial CT series with full geometry tags."
         )
-    number = dataset.get("SeriesNumber")
-    instance = dataset.get("InstanceNumber")
-    return _Slice(
+    slope = dataset.get("RescaleSlope")
+    intercept = dataset.get("RescaleIntercept")
+    return [_Slice(
         path=path,
         dataset=dataset,
-        series_key=str(dataset.get("SeriesInstanceUID", "")),
-        series_number=int(number) if number not in (None, "") else None,
-        series_description=str(dataset.get("SeriesDescription", "")),
-        instance_number=int(instance) if instance not in (None, "") else None,
         position=np.array([float(v) for v in dataset.ImagePositionPatient]),
         orientation=np.array([float(v) for v in dataset.ImageOrientationPatient]),
         pixel_spacing=np.array([float(v) for v in dataset.PixelSpacing]),
-        rows=int(dataset.Rows),
-        columns=int(dataset.Columns),
-    )
+        slope=float(slope) if slope not in (None, "") else 1.0,
+        intercept=float(intercept) if intercept not in (None, "") else 0.0,
+        **common,
+    )]
 
 
 def _scan_folder(folder: pathlib.Path) -> Dict[str, List[_Slice]]:
@@ -145,11 +217,11 @@ def _scan_folder(folder: pathlib.Path) -> Dict[str, List[_Slice]]:
     skipped = 0
     with _quiet_value_validation():
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            record = _read_header(path)
-            if record is None:
+            records = _read_header(path)
+            if not records:
                 skipped += 1
                 continue
-            series.setdefault(record.series_key, []).append(record)
+            series.setdefault(records[0].series_key, []).extend(records)
     if not series:
         raise NoDicomSeriesError(
             f"No DICOM image with pixel data found in {folder} ({skipped} other files). Pass the folder "
@@ -206,7 +278,7 @@ def _sorted_unique(slices: List[_Slice], folder: pathlib.Path) -> List[_Slice]:
             )
 
     normal = np.cross(first.orientation[:3], first.orientation[3:])
-    ordered = sorted(slices, key=lambda s: (float(s.position @ normal), s.instance_number or 0))
+    ordered = sorted(slices, key=lambda s: (float(s.position @ normal), s.instance_number or 0, s.frame or 0))
     unique = [ordered[0]]
     for record in ordered[1:]:
         if abs(float((record.position - unique[-1].position) @ normal)) > DUPLICATE_POSITION_MM:
@@ -285,14 +357,24 @@ def _decode_hu(record: _Slice) -> np.ndarray:
             f"DICOM file {record.path}: pixel data cannot be decoded ({type(error).__name__}: {error}). The "
             "file is corrupt or truncated; export the series again."
         ) from error
-    if pixels.shape != (record.rows, record.columns):
+    if record.frame is not None:
+        # Dataset.pixel_array caches the decoded frames (pydicom 3), so each file is decoded once.
+        frames = int(record.dataset.get("NumberOfFrames") or 1)
+        expected = (frames, record.rows, record.columns) if frames > 1 else (record.rows, record.columns)
+        if pixels.shape != expected:
+            raise GeometryError(
+                f"DICOM file {record.path}: pixel data has shape {pixels.shape}, expected {expected} "
+                "(frames, rows, columns). The file is corrupt; export the series again."
+            )
+        pixels = pixels[record.frame] if frames > 1 else pixels
+    elif pixels.shape != (record.rows, record.columns):
         raise GeometryError(
             f"DICOM file {record.path}: pixel data has shape {pixels.shape}, expected one frame "
-            f"{record.rows}x{record.columns}. Multi-frame DICOM is not supported; convert it to NIfTI."
+            f"{record.rows}x{record.columns}. A multi-frame file needs NumberOfFrames and functional "
+            "groups (Enhanced CT); convert it to NIfTI otherwise."
         )
-    slope = float(record.dataset.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(record.dataset.get("RescaleIntercept", 0.0) or 0.0)
-    return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    slope = record.slope or 1.0
+    return pixels.astype(np.float32) * np.float32(slope) + np.float32(record.intercept)
 
 
 def read_dicom_series(
@@ -304,8 +386,8 @@ def read_dicom_series(
     """Read a DICOM CT series from ``folder`` (searched recursively) into a ``CTVolume`` in HU.
 
     Args:
-        folder: folder with one file per slice; non-DICOM files and files without pixel data
-            are skipped.
+        folder: folder with one file per slice or Enhanced CT multi-frame files (one slice per
+            frame); non-DICOM files and files without pixel data are skipped.
         series: SeriesNumber or SeriesInstanceUID of the series to read, ``"largest"`` for the
             series with most slices, or None when the folder contains a single series.
         require_volume: raise ``GeometryError`` for a single-slice series.
@@ -315,7 +397,8 @@ def read_dicom_series(
         A float32 ``(S, H, W)`` HU volume (RescaleSlope/Intercept applied per slice). Its source
         grid is (column, row, slice in ascending position along the slice normal), and
         ``meta["source_files"]`` / ``meta["instance_numbers"]`` give each canonical slice's file
-        basename and InstanceNumber.
+        basename and InstanceNumber; for multi-frame files ``meta["source_frames"]`` gives the
+        0-based frame index as well.
 
     Raises:
         FileNotFoundError, NoDicomSeriesError, AmbiguousSeriesError, UnreadableFileError,
@@ -356,6 +439,8 @@ def read_dicom_series(
         )
     volume.meta["source_files"] = [slices[k].path.name for k in order]
     volume.meta["instance_numbers"] = [slices[k].instance_number for k in order]
+    if any(record.frame is not None for record in slices):
+        volume.meta["source_frames"] = [slices[k].frame for k in order]
     if check_values:
         warn_if_not_hu(volume.array, source)
     return volume
