@@ -2,6 +2,7 @@
 scored by COCOEvaluator and LesionEvaluator together through DatasetEvaluators."""
 
 import copy
+import pathlib
 
 import cv2
 import numpy as np
@@ -138,3 +139,20 @@ def test_mask_rcnn_with_coco_end_to_end(zenodo_dataset, tmp_path):
         assert 0.0 <= lesion[key] < float("inf"), key
     assert "lesion_precision" in lesion, "the model should emit predictions to score"
     assert (tmp_path / "lesion_per_image.json").is_file()
+
+
+@pytest.mark.parametrize("config", ["configs/lesion/cpu/unet_R18.yaml", "configs/lesion/cpu/st_R18.yaml"])
+def test_coco_tasks_include_segm(zenodo_dataset, tmp_path, config):
+    from covid_d2.engine import load_covid_config
+
+    repo = pathlib.Path(__file__).resolve().parent.parent
+    cfg = load_covid_config(str(repo / config), ["MODEL.DEVICE", "cpu"])
+    coco = build_lesion_evaluators(cfg, zenodo_dataset, output_dir=str(tmp_path))._evaluators[0]
+    assert coco._tasks == ("bbox", "segm")
+
+    # A box-only detector gets box AP only.
+    cfg.defrost()
+    cfg.MODEL.MASK_ON = False
+    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    coco = build_lesion_evaluators(cfg, zenodo_dataset, output_dir=str(tmp_path))._evaluators[0]
+    assert coco._tasks == ("bbox",)

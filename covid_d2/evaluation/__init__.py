@@ -27,12 +27,16 @@ __all__ = [
 
 
 def build_lesion_evaluators(cfg, dataset_name: str, output_dir=None) -> DatasetEvaluators:
-    """Build COCO AP (bbox, plus segm when ``cfg.MODEL.MASK_ON``) and lesion metrics for a dataset.
+    """Build COCO AP (bbox, plus segm for models that predict masks) and lesion metrics for a dataset.
+
+    A model predicts masks when ``cfg.MODEL.MASK_ON`` is set or when it is the ``UNetBaseline``,
+    whose instances are connected components of its lesion map.
 
     Without the compiled ``detectron2._C``, the shims of :mod:`covid_d2.compat` make
     ``COCOEvaluator`` use pycocotools. Both evaluators write into ``output_dir`` when given.
     """
-    tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+    predicts_masks = cfg.MODEL.MASK_ON or cfg.MODEL.META_ARCHITECTURE == "UNetBaseline"
+    tasks = ("bbox", "segm") if predicts_masks else ("bbox",)
     return DatasetEvaluators(
         [
             COCOEvaluator(dataset_name, tasks=tasks, distributed=True, output_dir=output_dir),
