@@ -123,7 +123,7 @@ def test_no_patient_tags_in_outputs(inference_run, p001):
         assert identifier and identifier not in text
 
 
-def test_3d_lesions_do_not_join_across_slice_gaps():
+def test_lesions_split_at_slice_gaps():
     from covid_d2.inference import label_lesions_3d
 
     union = np.zeros((5, 8, 8), dtype=bool)
@@ -140,7 +140,45 @@ def test_3d_lesions_do_not_join_across_slice_gaps():
     assert labels[1, 3, 3] == labels[2, 3, 3] != labels[3, 3, 3]
     assert set(np.unique(labels)) == {0, 1, 2, 3}
 
-    # Isolated slices: every slice is its own lesion; gaps outside the volume are ignored.
+    # Isolated slices: every slice is its own lesion. Gaps outside the volume are ignored.
     labels, count = label_lesions_3d(union, gaps=[-1, 7], isolated=True)
     assert count == 4
     assert len({int(labels[index, 3, 3]) for index in (1, 2, 3)}) == 3
+
+
+def _run_infer(*arguments):
+    command = [sys.executable, str(INFER), "--config-file", str(DETECTOR_CONFIG), "--noprogress",
+               *arguments]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def test_missing_input_and_weights_rejected(tmp_path):
+    weights = tmp_path / "detector.pth"
+    weights.write_bytes(b"")
+    lung = tmp_path / "lung.pth"
+    lung.write_bytes(b"")
+    missing_input = _run_infer("--input", str(tmp_path / "absent"), "--output-dir", str(tmp_path / "out"),
+                               "--weights", str(weights), "--lung-axial-weights", str(lung))
+    assert missing_input.returncode == 2
+    assert f"--input {tmp_path / 'absent'} not found" in missing_input.stderr
+    assert "Traceback" not in missing_input.stderr
+    assert not (tmp_path / "out").exists()
+
+    missing_weights = _run_infer("--input", str(tmp_path), "--output-dir", str(tmp_path / "out"),
+                                 "--weights", str(tmp_path / "none.pth"), "--lung-axial-weights", str(lung))
+    assert missing_weights.returncode == 2
+    assert f"--weights {tmp_path / 'none.pth'} not found" in missing_weights.stderr
+    assert "Traceback" not in missing_weights.stderr
+
+
+def test_empty_folder_clear_error(tmp_path):
+    detector = _save_random_model(DETECTOR_CONFIG, tmp_path / "detector.pth")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    mask = tmp_path / "lung.nii.gz"
+    mask.write_bytes(b"")
+    result = _run_infer("--input", str(empty), "--output-dir", str(tmp_path / "out"),
+                        "--weights", str(detector), "--lung-mask", str(mask))
+    assert result.returncode == 1
+    assert f"Failed to read {empty}: No DICOM image with pixel data found in {empty}" in result.stderr
+    assert "Traceback" not in result.stderr

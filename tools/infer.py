@@ -27,6 +27,7 @@ import torch
 import tqdm
 
 from covid_d2.data.dicom import read_dicom_series
+from covid_d2.data.errors import VolumeError
 from covid_d2.data.nifti import read_mask_nifti, read_nifti
 from covid_d2.engine import load_covid_config
 from covid_d2.inference.report import CSV_COLUMNS, csv_row, write_scan_outputs
@@ -40,7 +41,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", nargs="+", required=True, type=pathlib.Path,
                         help="NIfTI files (.nii, .nii.gz) and/or DICOM series folders")
-    parser.add_argument("--output-dir", required=True, type=pathlib.Path)
+    parser.add_argument("--output-dir", required=True, type=pathlib.Path,
+                        help="folder for the per-scan outputs and summary.csv (created if missing)")
     parser.add_argument("--config-file", required=True, help="lesion detector config")
     parser.add_argument("--weights", required=True, help="lesion detector checkpoint (.pth)")
     parser.add_argument("--lung-config", default="configs/lung/axial_cpu.yaml",
@@ -67,7 +69,25 @@ def parse_args(argv=None):
         parser.error("give --lung-axial-weights (a trained lung U-Net) or --lung-mask")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda was given but CUDA is not available on this machine")
+    check_paths(parser, args)
     return args
+
+
+def check_paths(parser: argparse.ArgumentParser, args) -> None:
+    """Report a missing input, checkpoint or mask before any model is loaded."""
+    for path in args.input:
+        if not path.exists():
+            parser.error(f"--input {path} not found. Give a DICOM series folder or a NIfTI file.")
+        if not path.is_dir() and not path.name.endswith((".nii", ".nii.gz")):
+            parser.error(f"--input {path} is neither a folder nor a NIfTI file (.nii, .nii.gz). Give a "
+                         "DICOM series folder or a NIfTI file.")
+    files = [("--weights", args.weights), ("--lung-axial-weights", args.lung_axial_weights),
+             ("--lung-sagittal-weights", args.lung_sagittal_weights)]
+    files += [("--lung-mask", str(mask)) for mask in args.lung_mask or []]
+    for option, value in files:
+        if value and not pathlib.Path(value).is_file():
+            parser.error(f"{option} {value} not found. Give the path of an existing file "
+                         "(checkpoints come from tools/train_net.py or tools/train_lung_unet.py).")
 
 
 def scan_id_of(path: pathlib.Path) -> str:
@@ -122,11 +142,14 @@ def main(argv=None) -> int:
     for position, path in enumerate(args.input):
         started = time.perf_counter()
         scan_id = scan_id_of(path)
-        volume = read_scan(path, args.series)
+        try:
+            volume = read_scan(path, args.series)
+            lung = read_mask_nifti(args.lung_mask[position], volume) if args.lung_mask is not None else None
+        except (VolumeError, FileNotFoundError) as error:
+            # The message names the file and what to do, so it is shown without a traceback.
+            raise SystemExit(f"Failed to read {path}: {error}") from error
         timings = {"read_s": time.perf_counter() - started}
-        if args.lung_mask is not None:
-            lung = read_mask_nifti(args.lung_mask[position], volume)
-        else:
+        if lung is None:
             from covid_d2.lung.predict import segment_lungs
 
             lung, lung_timings = segment_lungs(volume, lung_cfg, axial, sagittal)
