@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train the lung U-Net on one view (axial slices or sagittal reconstructions) of prepared cases.
+r"""Train the lung U-Net on one view (axial slices or sagittal reconstructions) of prepared cases.
 
 Example:
     python tools/train_lung_unet.py --config-file configs/lung/axial_cpu.yaml
@@ -53,6 +53,6 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = default_argument_parser(epilog=__doc__).parse_args()
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train and evaluate covid-d2 lesion models (and the resolver pre-training) with Detectron2.
+r"""Train and evaluate covid-d2 lesion models (and the resolver pre-training) with Detectron2.
 
 Examples:
     python tools/train_net.py --config-file configs/lesion/cpu/st_R18.yaml
@@ -86,7 +86,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = default_argument_parser(epilog=__doc__).parse_args()
     logger.info("Command line arguments: %s", args)
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))
