@@ -55,8 +55,8 @@ def write_ct_series(folder, positions_z, series_uid=None, series_number=1, pixel
 def write_enhanced_ct(path, frames, positions, orientation, pixel_spacing, intercepts, series_uid=None):
     """Write one uncompressed Enhanced CT file: ``frames`` (N, rows, columns) uint16 stored values.
 
-    Orientation and pixel spacing go into the shared functional groups; each frame's position
-    and rescale intercept (slope 1) into its per-frame functional group, in the order given.
+    Orientation and pixel spacing go into the shared functional groups. Each frame's position
+    and rescale intercept (slope 1) go into its per-frame functional group, in the order given.
     """
     from pydicom.sequence import Sequence
     from pydicom.uid import EnhancedCTImageStorage

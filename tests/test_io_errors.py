@@ -1,5 +1,6 @@
 """Each bad CT input raises the documented covid_d2.data error naming the file."""
 
+import pathlib
 import shutil
 import struct
 
@@ -26,6 +27,7 @@ from covid_d2.data import (
     write_mask,
 )
 from covid_d2.data import volume as volume_module
+from covid_d2.data.writers import write_volume_nifti
 from io_helpers import write_ct_series, write_nifti
 
 HU = np.random.default_rng(1).normal(-400, 300, (8, 9, 5)).astype(np.float32)
@@ -191,3 +193,18 @@ def test_save_case_leaves_nothing_on_failure(ct_nifti, tmp_path, monkeypatch):
         save_case(case, tmp_path / "cases" / "c1")
     assert list((tmp_path / "cases").iterdir()) == []
     assert volume_module.CASE_JSON == "case.json"
+
+
+def test_failed_nifti_write_keeps_old_file(tmp_path, monkeypatch):
+    path = write_volume_nifti(np.zeros((2, 3, 4), np.uint8), np.eye(4), tmp_path / "mask.nii.gz")
+    before = path.read_bytes()
+
+    def fail(self, filename):
+        pathlib.Path(filename).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(nib.Nifti1Image, "to_filename", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_volume_nifti(np.ones((2, 3, 4), np.uint8), np.eye(4), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["mask.nii.gz"]

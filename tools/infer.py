@@ -74,7 +74,7 @@ def parse_args(argv=None):
 
 
 def check_paths(parser: argparse.ArgumentParser, args) -> None:
-    """Report a missing input, checkpoint or mask before any model is loaded."""
+    """Exit with a usage error when an input, checkpoint or mask is missing, before any model loads."""
     for path in args.input:
         if not path.exists():
             parser.error(f"--input {path} not found. Give a DICOM series folder or a NIfTI file.")
@@ -142,9 +142,11 @@ def main(argv=None) -> int:
     for position, path in enumerate(args.input):
         started = time.perf_counter()
         scan_id = scan_id_of(path)
+        lung = None
         try:
             volume = read_scan(path, args.series)
-            lung = read_mask_nifti(args.lung_mask[position], volume) if args.lung_mask is not None else None
+            if args.lung_mask is not None:
+                lung = read_mask_nifti(args.lung_mask[position], volume)
         except (VolumeError, FileNotFoundError) as error:
             # The message names the file and what to do, so it is shown without a traceback.
             raise SystemExit(f"Failed to read {path}: {error}") from error

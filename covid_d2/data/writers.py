@@ -1,15 +1,14 @@
 """Atomic NIfTI writers for volumes and uint8 label masks."""
 
 import logging
-import os
 import pathlib
-import tempfile
 
 import nibabel as nib
 import numpy as np
 
 from covid_d2.data.errors import IntensityError
 from covid_d2.data.volume import CTVolume
+from covid_d2.utils.atomic import atomic_target
 
 logger = logging.getLogger(__name__)
 
@@ -22,21 +21,14 @@ def write_volume_nifti(array: np.ndarray, affine: np.ndarray, path) -> pathlib.P
     scanner coordinates) and the spatial unit is mm.
     """
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     image = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64))
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
     image.header.set_xyzt_units("mm")
 
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(handle)
-    try:
-        image.to_filename(tmp_name)
-        os.replace(tmp_name, path)
-    except BaseException:
-        pathlib.Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_target(path, suffix=suffix) as tmp_path:
+        image.to_filename(str(tmp_path))
     return path
 
 
